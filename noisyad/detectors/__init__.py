@@ -1,0 +1,17 @@
+"""Anomaly detector families behind one interface (:class:`Detector`)."""
+
+from noisyad.detectors.base import Detector, ScoreResult
+from noisyad.detectors.patchcore import PatchCore, PatchCoreConfig
+
+__all__ = ["Detector", "PatchCore", "PatchCoreConfig", "ScoreResult", "load_detector"]
+
+
+def load_detector(directory: str, device: str | None = None) -> Detector:
+    """Load a saved detector of any family from ``directory``."""
+    import json
+    from pathlib import Path
+
+    family = json.loads((Path(directory) / "config.json").read_text()).get("family")
+    if family == PatchCore.family:
+        return PatchCore.load(directory, device=device)
+    raise ValueError(f"{directory}: unknown detector family {family!r}")
