@@ -31,6 +31,8 @@ import timm
 import torch
 from torch import nn
 
+from noisyad.errors import BackboneWeightsError
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,10 +46,6 @@ DEFAULT_LAYERS = {"mobilenetv2_100": (1, 2, 3)}
 def default_layers(name: str) -> tuple[int, ...]:
     """The timm ``out_indices`` used for backbone ``name`` when none are given."""
     return DEFAULT_LAYERS.get(name, (2, 3))
-
-
-class BackboneWeightsError(RuntimeError):
-    """The requested backbone weights cannot be found or do not match."""
 
 
 @dataclass(frozen=True)
@@ -168,9 +166,10 @@ def rename_to(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) 
         BackboneWeightsError: The checkpoint does not fit the architecture.
     """
     if set(target) <= set(source):
-        return {k: source[k] for k in target}
-    tgt = [k for k in target if not k.endswith("num_batches_tracked")]
-    src = [k for k in source if not k.endswith("num_batches_tracked")]
+        tgt = src = list(target)  # same names: still check every shape below
+    else:
+        tgt = [k for k in target if not k.endswith("num_batches_tracked")]
+        src = [k for k in source if not k.endswith("num_batches_tracked")]
     if len(tgt) != len(src):
         raise BackboneWeightsError(
             f"checkpoint has {len(src)} tensors, the architecture {len(tgt)}: not the same network"

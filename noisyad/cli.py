@@ -22,7 +22,8 @@ from typing import Annotated
 import typer
 
 from noisyad.data import BadInputPolicy, DataSourceError, ImageLoadError
-from noisyad.purification import Aggregation, PurificationError
+from noisyad.errors import BackboneWeightsError
+from noisyad.purification import Aggregation, PurificationError, parse_keep_fraction
 
 app = typer.Typer(
     help="Image anomaly detection that stays accurate when the training set is contaminated.",
@@ -33,6 +34,7 @@ app = typer.Typer(
 logger = logging.getLogger("noisyad")
 
 USER_ERRORS = (
+    BackboneWeightsError,
     DataSourceError,
     ImageLoadError,
     PurificationError,
@@ -100,7 +102,9 @@ def train(
     out: Annotated[Path, typer.Option(help="Model folder (one sub-folder per category).")],
     category: Annotated[str | None, typer.Option(help="Train only this category.")] = None,
     subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = 3,
-    keep_fraction: Annotated[float, typer.Option(help="Share of images kept.")] = 0.8,
+    keep_fraction: Annotated[
+        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
+    ] = "0.8",
     aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
         Aggregation.cross_mean
     ),
@@ -136,7 +140,7 @@ def train(
             ),
             purify=purify,
             subsets=subsets,
-            keep_fraction=keep_fraction,
+            keep_fraction=parse_keep_fraction(keep_fraction),
             aggregate=aggregate,
             seed=seed,
             bad_input=bad_input,
@@ -193,6 +197,11 @@ def evaluate(
 def export(
     model: Annotated[Path, typer.Option(help="Trained model folder.")],
     out: Annotated[Path, typer.Option(help="Output .onnx file.")],
+    triton: Annotated[
+        Path | None, typer.Option(help="Also write a Triton model repository into DIR.")
+    ] = None,
+    triton_device: Annotated[str, typer.Option(help="Triton instances: cpu or gpu.")] = "cpu",
+    triton_max_batch: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
     quiet: Quiet = False,
 ) -> None:
     """Export one trained model to a single ONNX graph (uint8 image -> map, score, label)."""
@@ -201,9 +210,22 @@ def export(
     setup_logging(quiet)
     try:
         path = export_onnx(model, out)
+        if triton is not None:
+            from serving.triton import write_triton_repository
+
+            write_triton_repository(
+                path, triton, instance_kind=triton_device, max_batch_size=triton_max_batch
+            )
     except USER_ERRORS as exc:
         raise fail(exc) from exc
     typer.echo(str(path))
+
+
+# Command groups that live beside the library (pipelines/, serving/) register here.
+# Serving (serving/cli.py): noisyad serve.
+from serving.cli import serve as _serve  # noqa: E402
+
+app.command("serve")(_serve)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from noisyad.detectors.base import Detector
+from noisyad.errors import PurificationError
+
+if TYPE_CHECKING:
+    from noisyad.detectors.base import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +52,29 @@ class Aggregation(StrEnum):
     cross_mean = "cross_mean"
 
 
-class PurificationError(ValueError):
-    """Purification settings that cannot work on this training set."""
+AUTO = "auto"
+AUTO_K = 3.0
 
 
-def check_settings(n_images: int, k: int, keep_fraction: float, min_subset: int = 2) -> None:
+def parse_keep_fraction(value: str | float) -> float | str:
+    """Read a keep fraction given as a number or as ``"auto"`` (the automatic keep rule).
+
+    Raises:
+        PurificationError: Neither a number nor ``"auto"``.
+    """
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            value = float(value)
+        except ValueError:
+            raise PurificationError(
+                f"keep fraction = {value!r}: give a number in (0, 1] or 'auto'"
+            ) from None
+    return float(value)
+
+
+def check_settings(n_images: int, k: int, keep_fraction: float | str, min_subset: int = 2) -> None:
     """Reject K, keep fraction or subset sizes that cannot give a meaningful purification.
 
     Raises:
@@ -64,7 +86,8 @@ def check_settings(n_images: int, k: int, keep_fraction: float, min_subset: int 
             "scored by a sub-model that did not see it; use --subsets 3 (the paper's choice) "
             "or --no-purify"
         )
-    if not 0.0 < keep_fraction <= 1.0:
+    keep_fraction = parse_keep_fraction(keep_fraction)
+    if keep_fraction != AUTO and not 0.0 < keep_fraction <= 1.0:
         raise PurificationError(
             f"keep fraction = {keep_fraction}: must be in (0, 1], the share of training images "
             "kept for the final model (e.g. 0.8)"
@@ -130,6 +153,45 @@ def select_kept(aggregated: np.ndarray, keep_fraction: float) -> np.ndarray:
     return kept
 
 
+def density_mode(values: np.ndarray, grid: int = 512) -> float:
+    """The peak of a Gaussian kernel density estimate (Scott's bandwidth) of ``values``."""
+    from scipy.stats import gaussian_kde
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 3 or np.ptp(values) == 0:
+        return float(np.median(values))
+    points = np.linspace(values.min(), values.max(), grid)
+    return float(points[np.argmax(gaussian_kde(values)(points))])
+
+
+def auto_keep(aggregated: np.ndarray, k: float = AUTO_K) -> np.ndarray:
+    """The automatic keep rule: keep images up to ``k`` left-side deviations above the mode.
+
+    Works on log aggregated scores. Normal images form the main mode; defects spread out to
+    the right. The mode (peak of a kernel density estimate) and the spread measured only on
+    the left of the mode (root mean square distance of the lower scores to the mode) describe
+    the normal images alone, so the cut does not move when contamination grows, unlike a
+    median + MAD cut, whose spread the defects inflate. With no contamination it keeps nearly
+    everything, unlike a fixed keep fraction.
+    """
+    x = np.log(np.maximum(np.asarray(aggregated, dtype=np.float64), 1e-12))
+    mode = density_mode(x)
+    left = x[x <= mode] - mode
+    spread = float(np.sqrt(np.mean(left**2))) if len(left) > 1 else float(np.std(x))
+    kept = x <= mode + k * spread
+    if not kept.any():
+        kept[np.argmin(x)] = True
+    return kept
+
+
+def keep_mask(aggregated: np.ndarray, keep_fraction: float | str) -> np.ndarray:
+    """Kept images for a fixed keep fraction or for ``"auto"`` (see :func:`auto_keep`)."""
+    keep_fraction = parse_keep_fraction(keep_fraction)
+    if keep_fraction == AUTO:
+        return auto_keep(aggregated)
+    return select_kept(aggregated, keep_fraction)
+
+
 @dataclass
 class PurificationResult:
     """Everything stage 1 decided, per training image.
@@ -140,7 +202,7 @@ class PurificationResult:
         aggregated: ``(N,)`` aggregated scores.
         kept: ``(N,)`` True for images in the purified set.
         method: Aggregation method used.
-        keep_fraction: Requested share of images kept.
+        keep_fraction: Requested share of images kept, or ``"auto"``.
         seconds: Wall time per phase (``fit``, ``score``).
     """
 
@@ -149,7 +211,7 @@ class PurificationResult:
     aggregated: np.ndarray
     kept: np.ndarray
     method: str
-    keep_fraction: float
+    keep_fraction: float | str
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -186,7 +248,7 @@ def purify(
     detector: Detector,
     embeddings: np.ndarray,
     k: int = 3,
-    keep_fraction: float = 0.8,
+    keep_fraction: float | str = 0.8,
     method: str | Aggregation = Aggregation.cross_mean,
     seed: int = 0,
 ) -> PurificationResult:
@@ -196,7 +258,7 @@ def purify(
         detector: A configured detector; sub-models are spawned from it.
         embeddings: Output of ``detector.embed`` on all training images.
         k: Number of disjoint subsets (sub-models).
-        keep_fraction: Share of images kept, lowest aggregated scores first.
+        keep_fraction: Share of images kept, lowest aggregated scores first, or ``"auto"``.
         method: Aggregation method.
         seed: Seed of the partition.
 
@@ -208,7 +270,7 @@ def purify(
     subsets = partition(len(embeddings), k, seed)
     table = fit_submodels(detector, embeddings, subsets)
     aggregated = aggregate(table, subsets, method)
-    kept = select_kept(aggregated, keep_fraction)
+    kept = keep_mask(aggregated, keep_fraction)
     seconds = {"stage1": time.perf_counter() - start}
     logger.info(
         "purification (%s, K=%d): kept %d of %d images (cut at aggregated score %.4g)",
@@ -219,5 +281,11 @@ def purify(
         float(aggregated[kept].max()),
     )
     return PurificationResult(
-        subsets, table, aggregated, kept, Aggregation(method).value, keep_fraction, seconds
+        subsets,
+        table,
+        aggregated,
+        kept,
+        Aggregation(method).value,
+        parse_keep_fraction(keep_fraction),
+        seconds,
     )

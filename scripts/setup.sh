@@ -12,7 +12,8 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV="${NOISYAD_VENV:-.venv}"
 STAMP="$VENV/.noisyad-installed"
-WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+# Re-install when the project's settings or its set of top-level packages change.
+WANT="$( (cat pyproject.toml scripts/setup.sh; ls -d ./*/__init__.py) | sha256sum | cut -c1-16)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
     exit 0

@@ -10,6 +10,9 @@ Three layouts are read, and :func:`open_source` tells them apart:
 - **A plain folder** (:func:`read_folder`) of unlabelled images, searched recursively: the
   production case.
 
+An ``s3://bucket/prefix`` source is first mirrored into a local cache folder
+(:mod:`noisyad.data.s3`) and then read as one of the above.
+
 Training images are always unlabelled (``label=None``): in this product the "good" training
 set may hold defects, and training code must never see labels for it, even where the source
 has them. Test images carry labels and masks where the source provides them.
@@ -32,10 +35,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noisyad.data.images import BadInputPolicy, record_skip
 from noisyad.data.manifest import ANOMALOUS, NORMAL, Manifest, Sample
+
+if TYPE_CHECKING:
+    from noisyad.data.s3 import S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -516,34 +522,38 @@ def open_source(
     category: str | None = None,
     policy: BadInputPolicy | str = BadInputPolicy.error,
     image_root: str | Path | None = None,
+    s3: S3Settings | None = None,
 ) -> Manifest:
     """Read any supported data source, recognising its layout.
 
     A ``.json`` file is a Real-IAD split; a folder that has ``train/`` (or whose subfolders do)
-    is MVTec AD; any other folder is a plain folder of unlabelled images.
+    is MVTec AD; any other folder is a plain folder of unlabelled images. An ``s3://`` URI is
+    first mirrored into a local cache folder (:func:`noisyad.data.s3.sync_prefix`; a rerun
+    downloads only changed objects), and that copy is read as above: the manifest's ``root``
+    and sample paths are local.
 
     Args:
-        uri: A local path (``file://`` allowed). ``s3://`` is not supported yet.
+        uri: A local path (``file://`` allowed) or ``s3://bucket/prefix``.
         category: For MVTec AD and Real-IAD, keep only this category (an unknown one is an
             error listing the available ones). For a plain folder, the name given to its images.
         policy: What to do with missing files (see :class:`BadInputPolicy`).
-        image_root: Real-IAD only: the ``realiad_<res>`` folder (see :func:`read_realiad`).
+        image_root: Real-IAD only: the ``realiad_<res>`` folder (see :func:`read_realiad`);
+            ``s3://`` allowed, and required when the split file itself is on S3.
+        s3: Endpoint, credentials, region and cache folder for ``s3://`` URIs; None takes them
+            from the standard AWS environment variables (see :class:`~noisyad.data.s3.S3Settings`).
 
     Returns:
         The manifest.
 
     Raises:
-        NotImplementedError: For ``s3://`` URIs.
-        DataSourceError: If the path is missing, of an unsupported kind, or the reader fails.
+        DataSourceError: If the path is missing, of an unsupported kind, the reader fails, or
+            an S3 bucket or prefix is missing or refuses access (the message says which).
     """
     text = str(uri)
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme == "s3":
-            raise NotImplementedError(
-                f"{text}: s3:// sources are not supported yet. Copy the data to a local folder "
-                f"(for example with 'aws s3 sync') and pass that folder."
-            )
+            return _open_s3(text, category, policy, image_root, s3)
         if scheme != "file":
             raise DataSourceError(f"{text}: unsupported URI scheme '{scheme}://'.")
         text = text.split("://", 1)[1]
@@ -558,3 +568,28 @@ def open_source(
     if _looks_like_mvtec(path):
         return read_mvtec(path, categories=category, policy=policy)
     return read_folder(path, category=category, policy=policy)
+
+
+def _open_s3(
+    uri: str,
+    category: str | None,
+    policy: BadInputPolicy | str,
+    image_root: str | Path | None,
+    settings: S3Settings | None,
+) -> Manifest:
+    """Mirror an ``s3://`` source (and an ``s3://`` Real-IAD image root) locally, then read it."""
+    from noisyad.data.s3 import sync_prefix
+
+    is_split_file = uri.lower().endswith(".json")
+    if is_split_file and image_root is None:
+        # Limitation: the sibling realiad_<res> folder is not searched for on S3, since listing
+        # a whole Real-IAD bucket is slow; naming the image prefix lifts the ambiguity.
+        raise DataSourceError(
+            f"{uri}: a Real-IAD split file on S3 needs image_root, the realiad_<res> prefix "
+            f"(for example s3://bucket/realiad_1024)."
+        )
+    if image_root is not None and str(image_root).lower().startswith("s3://"):
+        image_root = sync_prefix(str(image_root), settings)
+    local = sync_prefix(uri, settings)
+    logger.info("Reading %s from its local copy %s", uri, local)
+    return open_source(local, category=category, policy=policy, image_root=image_root)

@@ -339,9 +339,10 @@ def test_open_source_dispatch(tmp_path: Path) -> None:
         open_source(str(folder / "x.png"))
 
 
-def test_open_source_s3_is_not_yet_supported() -> None:
-    with pytest.raises(NotImplementedError, match="s3://"):
-        open_source("s3://bucket/parts")
+def test_open_source_rejects_bad_uris() -> None:
+    # Reading from S3 itself is tested against a real server in tests/data/test_s3.py.
+    with pytest.raises(DataSourceError, match="names no bucket"):
+        open_source("s3://")
     with pytest.raises(DataSourceError, match="unsupported URI scheme"):
         open_source("gs://bucket/parts")
 
