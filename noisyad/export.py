@@ -54,6 +54,19 @@ def model_metadata(detector: Detector, model_dir: Path | None) -> dict[str, str]
     return meta
 
 
+def declare_output_shapes(graph: onnx.ModelProto, size: int) -> None:
+    """Write the outputs' true shapes into the graph (the tracer leaves vague symbols)."""
+    shapes = {"anomaly_map": ("batch", size, size), "image_score": ("batch",), "label": ("batch",)}
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for dim, value in zip(dims, shapes[output.name], strict=True):
+            dim.Clear()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
+
+
 def export_onnx(model: str | Path | Detector, out_path: str | Path, opset: int = OPSET) -> Path:
     """Export a trained detector (a model folder or a loaded detector) to ``out_path``.
 
@@ -86,6 +99,7 @@ def export_onnx(model: str | Path | Detector, out_path: str | Path, opset: int =
             dynamo=False,
         )
     graph = onnx.load(str(out_path))
+    declare_output_shapes(graph, size)
     onnx.checker.check_model(graph)
     for key, value in model_metadata(detector, model_dir).items():
         entry = graph.metadata_props.add()
