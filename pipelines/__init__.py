@@ -1,0 +1,1 @@
+"""The noisyad Kubeflow pipeline: definition, compile, local run, command line."""
