@@ -204,6 +204,11 @@ def create_backbone(
         BackboneWeightsError: Weights were asked for and cannot be loaded.
     """
     layers = tuple(layers or default_layers(name))
+    if not timm.is_model(name):
+        raise BackboneWeightsError(
+            f"backbone = {name!r} is not a timm architecture; try {DEFAULT_BACKBONE} "
+            "or a name from timm.list_models()"
+        )
     full = timm.create_model(name, pretrained=False)
     if weights == "random":
         logger.warning("backbone %s uses RANDOM weights: expect much lower accuracy", name)

@@ -222,7 +222,7 @@ def export(
 
 
 # Command groups that live beside the library (pipelines/, serving/) register here.
-# Pipeline (pipelines/cli.py): noisyad pipeline run | compile.
+# Pipeline (pipelines/cli.py): noisyad pipeline run | compile | submit | schedule.
 from pipelines.cli import app as _pipeline_app  # noqa: E402
 
 app.add_typer(_pipeline_app, name="pipeline")

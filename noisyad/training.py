@@ -180,9 +180,12 @@ def train_category(
     manifest.subset([s for s, k in zip(samples, kept, strict=True) if k]).save(
         out_dir / "purified_manifest.json"
     )
+    stale = out_dir / "purification.json"
     if result is not None:
         table = purification_table(samples, result)
-        (out_dir / "purification.json").write_text(json.dumps(table, indent=1))
+        stale.write_text(json.dumps(table, indent=1))
+    elif stale.exists():  # a model folder reused for a run without purification
+        stale.unlink()
     report = TrainReport(
         category=category,
         model_dir=str(out_dir),

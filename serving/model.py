@@ -180,6 +180,7 @@ def find_onnx(path: Path) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(
             f"{path} holds {len(found)} .onnx files; point --model at the one to serve"
+            + ("" if found else " (a trained model folder? export it first: noisyad export)")
         )
     return found[0]
 

@@ -218,3 +218,40 @@ def test_corrupt_image_is_skipped_and_recorded(
     record = json.loads((tmp_path / "m" / "training.json").read_text())
     assert [s["path"] for s in record["skipped"]] == [str(bad)]
     assert "not a readable image" in record["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--backbone", "nosuchnet", "backbone = 'nosuchnet' is not a timm architecture"),
+        ("--device", "banana", "device = 'banana': use cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_backbone_or_device_is_a_user_error(
+    cli_data: Path, tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    result = invoke("train", "--data", cli_data, "--out", tmp_path / "m", *FAST, option, value)
+
+    assert_user_error(result, message)
+
+
+def test_retraining_without_purification_drops_the_old_purification_table(
+    cli_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "m"
+    assert invoke("train", "--data", cli_data, "--out", out, *FAST).exit_code == 0
+    assert (out / "purification.json").is_file()
+
+    assert invoke("train", "--data", cli_data, "--out", out, "--no-purify", *FAST).exit_code == 0
+
+    assert not (out / "purification.json").exists()
+    result = invoke("evaluate", "--model", out, "--data", cli_data, "--quiet")
+    metrics = json.loads(result.stdout)
+    assert metrics["n_kept"] == metrics["n_train"] == 15
+    assert "purification" not in metrics
+
+
+def test_export_of_a_missing_model_is_a_user_error(tmp_path: Path) -> None:
+    result = invoke("export", "--model", tmp_path / "nothing", "--out", tmp_path / "m.onnx")
+
+    assert_user_error(result, "holds no trained model (no config.json)")

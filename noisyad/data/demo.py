@@ -792,7 +792,8 @@ def _prepare_root(out: Path, categories: tuple[str, ...], overwrite: bool) -> No
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{out} is not empty; pass overwrite=True to replace its demo categories"
+                f"{out} is not empty; pass --overwrite (overwrite=True) to replace its demo "
+                "categories"
             )
         for name in categories:
             if (out / name).is_dir():

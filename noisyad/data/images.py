@@ -49,7 +49,9 @@ MAX_PIXELS_ENV = "NOISYAD_MAX_IMAGE_PIXELS"
 # Individual warnings per skipped file up to this many; later ones go to DEBUG.
 MAX_SKIP_WARNINGS = 20
 
-_SKIP_HINT = "Fix or remove the file, or load with policy='skip' to leave bad files out."
+_SKIP_HINT = (
+    "Fix or remove the file, or pass --bad-input skip (policy='skip') to leave bad files out."
+)
 
 Size = int | tuple[int, int] | None
 
@@ -196,7 +198,8 @@ def _decode(path: Path, max_pixels: int, finish: Callable[[Image.Image], np.ndar
     """
     if not path.is_file():
         reason = "is a folder, not an image" if path.is_dir() else "the file does not exist"
-        raise ImageLoadError(path, reason, "Check the path, or use policy='skip'.")
+        hint = "Check the path, or pass --bad-input skip (policy='skip')."
+        raise ImageLoadError(path, reason, hint)
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -384,7 +387,7 @@ def _finish(
 
     if skipped:
         logger.warning(
-            "Left out %d of %d images as unreadable (listed in .skipped).",
+            "Left out %d of %d images as unreadable (listed as skipped in training.json).",
             len(skipped),
             count + len(skipped),
         )

@@ -50,7 +50,7 @@ _LAYOUTS = (
     "a folder of images (searched recursively), an MVTec AD root or category folder "
     "(<category>/train/good, <category>/test/<type>), or a Real-IAD split file <category>.json"
 )
-_SKIP_HINT = "Restore the file, or pass policy='skip' to leave it out."
+_SKIP_HINT = "Restore the file, or pass --bad-input skip (policy='skip') to leave it out."
 
 
 class DataSourceError(ValueError):

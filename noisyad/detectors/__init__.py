@@ -11,7 +11,12 @@ def load_detector(directory: str, device: str | None = None) -> Detector:
     import json
     from pathlib import Path
 
-    family = json.loads((Path(directory) / "config.json").read_text()).get("family")
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no trained model (no config.json); train one with noisyad train"
+        )
+    family = json.loads(config.read_text()).get("family")
     if family == PatchCore.family:
         return PatchCore.load(directory, device=device)
     raise ValueError(f"{directory}: unknown detector family {family!r}")

@@ -76,6 +76,18 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def check_device(device: str) -> None:
+    """Reject a device string torch cannot use here, saying what to pass instead."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device = {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device = {device!r}: no CUDA GPU is available here; use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device = {device!r}: only {torch.cuda.device_count()} GPU(s) found")
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """A normalised 1-D Gaussian kernel covering +-4 sigma."""
     radius = max(1, int(4.0 * sigma + 0.5))
@@ -246,6 +258,7 @@ class PatchCore(Detector):
     family = "patchcore"
 
     def __init__(self, config: PatchCoreConfig, backbone: FeatureExtractor | None = None) -> None:
+        check_device(config.device)
         if config.layers is None:  # pin the default so a saved model never changes meaning
             config = config.model_copy(update={"layers": default_layers(config.backbone)})
         self.config = config
