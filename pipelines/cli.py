@@ -1,9 +1,11 @@
-"""``noisyad pipeline``: run the Kubeflow pipeline on this machine, or compile it for a cluster.
+"""``noisyad pipeline``: run the Kubeflow pipeline here, compile it, or send it to a cluster.
 
 Usage:
     noisyad pipeline run                          # the main job: demo data, three categories
     noisyad pipeline run --data /data/mvtec --category bottle --subsets 5
     noisyad pipeline compile --out pipeline.yaml  # upload this in the Kubeflow Pipelines UI
+    noisyad pipeline submit --data s3://bucket/mvtec --category bottle --host http://localhost:8080
+    noisyad pipeline schedule --cron "0 0 3 * * *" --data s3://bucket/mvtec --category bottle
 
 ``run`` creates the MLflow parent run before submitting (so a failure anywhere, even before
 a step starts, ends it FAILED) and passes its id to the pipeline. Settings and data that
@@ -29,7 +31,7 @@ from noisyad.purification import Aggregation
 from noisyad.training import TrainConfig
 
 app = typer.Typer(
-    help="The Kubeflow pipeline: run it locally (kfp.local) or compile it for a cluster.",
+    help="The Kubeflow pipeline: run it locally (kfp.local), compile it, submit or schedule it.",
     no_args_is_help=True,
 )
 
@@ -365,3 +367,175 @@ def compile_command(
 
     facts = compile_pipeline(out, image)
     typer.echo(json.dumps({"path": str(out), **facts}, indent=2))
+
+
+# --- Kubeflow Pipelines API server: one run now, or a recurring run (pipelines/remote.py) ---
+
+HostOption = Annotated[
+    str | None,
+    typer.Option(help="Kubeflow Pipelines API URL, e.g. http://localhost:8080. Default: KFP_HOST."),
+]
+NamespaceOption = Annotated[
+    str | None, typer.Option(help="Kubernetes namespace (multi-user Kubeflow); default: none.")
+]
+KfpExperimentOption = Annotated[
+    str, typer.Option("--experiment", help="Kubeflow experiment (created when missing).")
+]
+RemoteDataOption = Annotated[
+    str, typer.Option(help="Dataset URI the pipeline's pods can read (s3://..., a mounted path).")
+]
+RemoteTrackingOption = Annotated[
+    str,
+    typer.Option(
+        help="MLflow tracking URI for the steps; empty: their MLFLOW_TRACKING_URI, "
+        "else ./mlflow.db."
+    ),
+]
+
+
+def remote_arguments(**values: Any) -> dict[str, Any]:
+    """The pipeline parameters of ``submit`` and ``schedule`` (validated like ``run``)."""
+    from noisyad.purification import parse_keep_fraction
+
+    values["keep_fraction"] = str(parse_keep_fraction(values["keep_fraction"]))
+    values["aggregate"] = values["aggregate"].value
+    values["bad_input"] = values["bad_input"].value
+    return values
+
+
+@app.command("submit")
+def submit_command(
+    data: RemoteDataOption,
+    category: Annotated[str, typer.Option(help="Category; empty when the source has one.")] = "",
+    subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = DEFAULTS.subsets,
+    keep_fraction: Annotated[
+        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
+    ] = str(DEFAULTS.keep_fraction),
+    aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
+        DEFAULTS.aggregate
+    ),
+    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = (
+        DEFAULTS.detector.backbone
+    ),
+    input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = (
+        DEFAULTS.detector.input_size
+    ),
+    coreset_ratio: Annotated[float, typer.Option(help="Memory-bank share of patches.")] = (
+        DEFAULTS.detector.coreset_ratio
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of partition and coreset.")] = DEFAULTS.seed,
+    tracking_uri: RemoteTrackingOption = "",
+    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "noisyad",
+    registered_model: Annotated[
+        str, typer.Option(help="Registered model name; {category} is replaced.")
+    ] = "noisyad-{category}",
+    data_version: Annotated[
+        str, typer.Option(help="Changes when the data changes (keys the step cache).")
+    ] = "",
+    bad_input: Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")] = (
+        BadInputPolicy.error
+    ),
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    experiment: KfpExperimentOption = "noisyad",
+    run_name: Annotated[str | None, typer.Option(help="Run name in the Kubeflow UI.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Container image of the steps (default: the project's).")
+    ] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(help="--no-cache reruns every step; default: the compiled setting."),
+    ] = None,
+) -> None:
+    """Compile the pipeline and start one run on a Kubeflow Pipelines server."""
+    from noisyad.cli import USER_ERRORS, fail
+    from pipelines import remote
+
+    try:
+        arguments = remote_arguments(
+            data_uri=data, category=category, subsets=subsets, keep_fraction=keep_fraction,
+            aggregate=aggregate, backbone=backbone, input_size=input_size,
+            coreset_ratio=coreset_ratio, seed=seed, tracking_uri=tracking_uri,
+            experiment_name=mlflow_experiment, registered_model_name=registered_model,
+            data_version=data_version, bad_input=bad_input,
+        )  # fmt: skip
+        result = remote.submit(
+            remote.resolve_host(host), arguments, experiment=experiment, namespace=namespace,
+            run_name=run_name, image=image, enable_caching=cache,
+        )  # fmt: skip
+    except (*USER_ERRORS, remote.RemoteError) as exc:
+        raise fail(exc) from exc
+    typer.echo(json.dumps({**result, "arguments": arguments}, indent=2))
+
+
+@app.command("schedule")
+def schedule_command(
+    data: RemoteDataOption,
+    cron: Annotated[
+        str,
+        typer.Option(
+            help="Kubeflow cron, 6 fields with seconds first: '0 0 3 * * *' is 03:00 daily."
+        ),
+    ],
+    category: Annotated[str, typer.Option(help="Category; empty when the source has one.")] = "",
+    subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = DEFAULTS.subsets,
+    keep_fraction: Annotated[
+        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
+    ] = str(DEFAULTS.keep_fraction),
+    aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
+        DEFAULTS.aggregate
+    ),
+    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = (
+        DEFAULTS.detector.backbone
+    ),
+    input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = (
+        DEFAULTS.detector.input_size
+    ),
+    coreset_ratio: Annotated[float, typer.Option(help="Memory-bank share of patches.")] = (
+        DEFAULTS.detector.coreset_ratio
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of partition and coreset.")] = DEFAULTS.seed,
+    tracking_uri: RemoteTrackingOption = "",
+    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "noisyad",
+    registered_model: Annotated[
+        str, typer.Option(help="Registered model name; {category} is replaced.")
+    ] = "noisyad-{category}",
+    bad_input: Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")] = (
+        BadInputPolicy.error
+    ),
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    experiment: KfpExperimentOption = "noisyad",
+    job_name: Annotated[str | None, typer.Option(help="Recurring run name in the UI.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Container image of the steps (default: the project's).")
+    ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            help="Off by default: a cached ingest step would keep serving the first run's data."
+        ),
+    ] = False,
+    max_concurrency: Annotated[int, typer.Option(min=1, help="Runs allowed at once.")] = 1,
+) -> None:
+    """Upload the compiled pipeline and create a recurring run (scheduled retraining)."""
+    from noisyad.cli import USER_ERRORS, fail
+    from pipelines import remote
+
+    try:
+        cron = remote.validate_cron(cron)  # before the host: a wrong cron needs no server
+        arguments = remote_arguments(
+            data_uri=data, category=category, subsets=subsets, keep_fraction=keep_fraction,
+            aggregate=aggregate, backbone=backbone, input_size=input_size,
+            coreset_ratio=coreset_ratio, seed=seed, tracking_uri=tracking_uri,
+            experiment_name=mlflow_experiment, registered_model_name=registered_model,
+            data_version="", bad_input=bad_input,
+        )  # fmt: skip
+        result = remote.schedule(
+            remote.resolve_host(host), arguments, cron, experiment=experiment,
+            namespace=namespace, job_name=job_name, image=image, enable_caching=cache,
+            max_concurrency=max_concurrency,
+        )  # fmt: skip
+    except (*USER_ERRORS, remote.RemoteError) as exc:
+        raise fail(exc) from exc
+    typer.echo(json.dumps({**result, "arguments": arguments}, indent=2))
