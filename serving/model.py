@@ -198,8 +198,14 @@ def fetch_mlflow_model(uri: str, tracking_uri: str | None = None) -> tuple[Path,
     import mlflow
     from mlflow import MlflowClient
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    from noisyad.tracking import HTTP_DEFAULTS, check_reachable, resolve_uri
+
+    # Fail in seconds when the server is down, instead of MLflow's minutes of retries.
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    tracking_uri = resolve_uri(tracking_uri)
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
     if not sys.stderr.isatty():  # no download progress bars in a server's log
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     name, version = None, "1"

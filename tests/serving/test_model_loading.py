@@ -114,3 +114,14 @@ def test_noisyad_serve_is_registered() -> None:
     assert result.exit_code == 0
     for option in ("--model", "--host", "--port", "--max-delay-ms", "--token"):
         assert option in result.output
+
+
+def test_unreachable_tracking_server_fails_in_seconds() -> None:
+    import time
+
+    from noisyad.tracking import TrackingError
+
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9 is unreachable"):
+        served.fetch_mlflow_model("models:/noisyad-brick@champion", "http://127.0.0.1:9")
+    assert time.monotonic() - start < 10
