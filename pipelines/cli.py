@@ -208,7 +208,7 @@ def run(
     from noisyad import stages, tracking
     from noisyad.cli import USER_ERRORS, fail, setup_logging
     from noisyad.data import open_source
-    from noisyad.purification import parse_keep_fraction
+    from noisyad.purification import check_settings, parse_keep_fraction
 
     setup_logging(quiet)
     start = time.perf_counter()
@@ -216,12 +216,16 @@ def run(
     run_dir = out / datetime.now().strftime("%Y%m%d-%H%M%S")
     cache_root = out / ".kfp_cache"
     try:
+        keep = str(parse_keep_fraction(keep_fraction))
+        check_settings(max(subsets, 2) * 2, subsets, keep)  # K and keep fraction alone
         uri = tracking.resolve_uri(tracking_uri)
         tracking.check_reachable(uri)
         if data is None:
             data = str(ensure_demo(out / f"demo-{contamination:g}", contamination))
-        keep = str(parse_keep_fraction(keep_fraction))
-        categories = [category] if category else open_source(data).categories()
+        manifest = open_source(data, category=category)
+        categories = [category] if category else manifest.categories()
+        for name in categories:  # settings that cannot fit the data fail before any run
+            check_settings(len(manifest.select(split="train", category=name)), subsets, keep)
         data_version = stages.data_fingerprint(data)
     except (*USER_ERRORS, tracking.TrackingError) as exc:
         raise fail(exc) from exc
