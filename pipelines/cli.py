@@ -38,6 +38,26 @@ app = typer.Typer(
 DEMO_CONTAMINATION = 0.2
 DEFAULTS = TrainConfig()  # the same defaults as `noisyad train`
 
+# Options shared by run, submit and schedule: the pipeline's parameters.
+SubsetsOption = Annotated[int, typer.Option(help="K, the number of sub-models.")]
+KeepFractionOption = Annotated[
+    str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
+]
+AggregateOption = Annotated[Aggregation, typer.Option(help="Score aggregation.")]
+BackboneOption = Annotated[str, typer.Option(help="timm backbone name.")]
+InputSizeOption = Annotated[int, typer.Option(help="Square input side in pixels.")]
+CoresetRatioOption = Annotated[float, typer.Option(help="Memory-bank share of patches.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of partition and coreset.")]
+RegisteredModelOption = Annotated[
+    str, typer.Option(help="Registered model name; {category} is replaced.")
+]
+BadInputOption = Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")]
+ImageOption = Annotated[
+    str | None, typer.Option(help="Container image of the steps (default: the project's).")
+]
+RemoteCategoryOption = Annotated[str, typer.Option(help="Category; empty when the source has one.")]
+MlflowExperimentOption = Annotated[str, typer.Option(help="MLflow experiment name.")]
+
 
 def run_key(arguments: dict, cache_root: Path | None = None) -> str:
     """Identity of a pipeline run's settings, data and step cache (the MLflow run id left out).
@@ -163,34 +183,20 @@ def run(
     category: Annotated[
         str | None, typer.Option(help="Category; default: every category, one run each.")
     ] = None,
-    subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = DEFAULTS.subsets,
-    keep_fraction: Annotated[
-        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
-    ] = str(DEFAULTS.keep_fraction),
-    aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
-        DEFAULTS.aggregate
-    ),
-    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = (
-        DEFAULTS.detector.backbone
-    ),
-    input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = (
-        DEFAULTS.detector.input_size
-    ),
-    coreset_ratio: Annotated[float, typer.Option(help="Memory-bank share of patches.")] = (
-        DEFAULTS.detector.coreset_ratio
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of partition and coreset.")] = DEFAULTS.seed,
+    subsets: SubsetsOption = DEFAULTS.subsets,
+    keep_fraction: KeepFractionOption = str(DEFAULTS.keep_fraction),
+    aggregate: AggregateOption = DEFAULTS.aggregate,
+    backbone: BackboneOption = DEFAULTS.detector.backbone,
+    input_size: InputSizeOption = DEFAULTS.detector.input_size,
+    coreset_ratio: CoresetRatioOption = DEFAULTS.detector.coreset_ratio,
+    seed: SeedOption = DEFAULTS.seed,
     tracking_uri: Annotated[
         str | None,
         typer.Option(help="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else ./mlflow.db."),
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "noisyad",
-    registered_model: Annotated[
-        str, typer.Option(help="Registered model name; {category} is replaced.")
-    ] = "noisyad-{category}",
-    bad_input: Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")] = (
-        BadInputPolicy.error
-    ),
+    registered_model: RegisteredModelOption = "noisyad-{category}",
+    bad_input: BadInputOption = BadInputPolicy.error,
     out: Annotated[Path, typer.Option(help="Folder for run folders, step cache, demo data.")] = (
         Path("runs/pipeline")
     ),
@@ -362,9 +368,7 @@ def ensure_demo(folder: Path, contamination: float) -> Path:
 @app.command("compile")
 def compile_command(
     out: Annotated[Path, typer.Option(help="YAML file to write.")] = Path("pipeline.yaml"),
-    image: Annotated[
-        str | None, typer.Option(help="Container image of the steps (default: the project's).")
-    ] = None,
+    image: ImageOption = None,
 ) -> None:
     """Compile the pipeline to YAML for the Kubeflow UI; check kfp's load/compile round trip."""
     from pipelines.compile import compile_pipeline
@@ -410,42 +414,26 @@ def remote_arguments(**values: Any) -> dict[str, Any]:
 @app.command("submit")
 def submit_command(
     data: RemoteDataOption,
-    category: Annotated[str, typer.Option(help="Category; empty when the source has one.")] = "",
-    subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = DEFAULTS.subsets,
-    keep_fraction: Annotated[
-        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
-    ] = str(DEFAULTS.keep_fraction),
-    aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
-        DEFAULTS.aggregate
-    ),
-    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = (
-        DEFAULTS.detector.backbone
-    ),
-    input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = (
-        DEFAULTS.detector.input_size
-    ),
-    coreset_ratio: Annotated[float, typer.Option(help="Memory-bank share of patches.")] = (
-        DEFAULTS.detector.coreset_ratio
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of partition and coreset.")] = DEFAULTS.seed,
+    category: RemoteCategoryOption = "",
+    subsets: SubsetsOption = DEFAULTS.subsets,
+    keep_fraction: KeepFractionOption = str(DEFAULTS.keep_fraction),
+    aggregate: AggregateOption = DEFAULTS.aggregate,
+    backbone: BackboneOption = DEFAULTS.detector.backbone,
+    input_size: InputSizeOption = DEFAULTS.detector.input_size,
+    coreset_ratio: CoresetRatioOption = DEFAULTS.detector.coreset_ratio,
+    seed: SeedOption = DEFAULTS.seed,
     tracking_uri: RemoteTrackingOption = "",
-    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "noisyad",
-    registered_model: Annotated[
-        str, typer.Option(help="Registered model name; {category} is replaced.")
-    ] = "noisyad-{category}",
+    mlflow_experiment: MlflowExperimentOption = "noisyad",
+    registered_model: RegisteredModelOption = "noisyad-{category}",
     data_version: Annotated[
         str, typer.Option(help="Changes when the data changes (keys the step cache).")
     ] = "",
-    bad_input: Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")] = (
-        BadInputPolicy.error
-    ),
+    bad_input: BadInputOption = BadInputPolicy.error,
     host: HostOption = None,
     namespace: NamespaceOption = None,
     experiment: KfpExperimentOption = "noisyad",
     run_name: Annotated[str | None, typer.Option(help="Run name in the Kubeflow UI.")] = None,
-    image: Annotated[
-        str | None, typer.Option(help="Container image of the steps (default: the project's).")
-    ] = None,
+    image: ImageOption = None,
     cache: Annotated[
         bool | None,
         typer.Option(help="--no-cache reruns every step; default: the compiled setting."),
@@ -481,39 +469,23 @@ def schedule_command(
             help="Kubeflow cron, 6 fields with seconds first: '0 0 3 * * *' is 03:00 daily."
         ),
     ],
-    category: Annotated[str, typer.Option(help="Category; empty when the source has one.")] = "",
-    subsets: Annotated[int, typer.Option(help="K, the number of sub-models.")] = DEFAULTS.subsets,
-    keep_fraction: Annotated[
-        str, typer.Option(help="Share of images kept, in (0, 1], or 'auto'.")
-    ] = str(DEFAULTS.keep_fraction),
-    aggregate: Annotated[Aggregation, typer.Option(help="Score aggregation.")] = (
-        DEFAULTS.aggregate
-    ),
-    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = (
-        DEFAULTS.detector.backbone
-    ),
-    input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = (
-        DEFAULTS.detector.input_size
-    ),
-    coreset_ratio: Annotated[float, typer.Option(help="Memory-bank share of patches.")] = (
-        DEFAULTS.detector.coreset_ratio
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of partition and coreset.")] = DEFAULTS.seed,
+    category: RemoteCategoryOption = "",
+    subsets: SubsetsOption = DEFAULTS.subsets,
+    keep_fraction: KeepFractionOption = str(DEFAULTS.keep_fraction),
+    aggregate: AggregateOption = DEFAULTS.aggregate,
+    backbone: BackboneOption = DEFAULTS.detector.backbone,
+    input_size: InputSizeOption = DEFAULTS.detector.input_size,
+    coreset_ratio: CoresetRatioOption = DEFAULTS.detector.coreset_ratio,
+    seed: SeedOption = DEFAULTS.seed,
     tracking_uri: RemoteTrackingOption = "",
-    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "noisyad",
-    registered_model: Annotated[
-        str, typer.Option(help="Registered model name; {category} is replaced.")
-    ] = "noisyad-{category}",
-    bad_input: Annotated[BadInputPolicy, typer.Option(help="error or skip bad images.")] = (
-        BadInputPolicy.error
-    ),
+    mlflow_experiment: MlflowExperimentOption = "noisyad",
+    registered_model: RegisteredModelOption = "noisyad-{category}",
+    bad_input: BadInputOption = BadInputPolicy.error,
     host: HostOption = None,
     namespace: NamespaceOption = None,
     experiment: KfpExperimentOption = "noisyad",
     job_name: Annotated[str | None, typer.Option(help="Recurring run name in the UI.")] = None,
-    image: Annotated[
-        str | None, typer.Option(help="Container image of the steps (default: the project's).")
-    ] = None,
+    image: ImageOption = None,
     cache: Annotated[
         bool,
         typer.Option(
